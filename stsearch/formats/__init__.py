@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 
 from . import ring, tt, tucker  # noqa: F401  (registers the formats)
-from .base import Equivalence, FactorizedTensor, Format, Relayout, get_format
 from .base import _REGISTRY as _registry
+from .base import Equivalence, FactorizedTensor, Format, Relayout, get_format
 
 FORMATS: tuple[str, ...] = ("tucker", "tt", "tr", "sttu", "stt", "str")
 """Registered tensor formats. A layer plan may also say ``"dense"`` (keep the layer as it is)."""

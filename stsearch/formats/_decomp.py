@@ -211,7 +211,7 @@ def als_fit(fmt: Format, x: torch.Tensor, ranks: tuple, t: tuple[int, ...], n_it
         err = math.inf
         for _ in range(n_iter):
             for k in range(len(fs)):
-                def fn(f, k=k):
+                def fn(f, k=k, fs=fs):
                     return fmt.reconstruct([*fs[:k], f, *fs[k + 1:]], shape, ranks, t)
 
                 a = linear_map_matrix(fn, fs[k])

@@ -96,7 +96,6 @@ class TTFormat(Format):
 
     def equivalence(self, shape, ranks, t):
         shape, ranks, t = tuple(shape), tuple(ranks), tuple(t)
-        n = len(shape)
         case = self._case(shape, t)
         if case == "tt":
             return self._tt_equivalence(shape, ranks, t)
