@@ -2,7 +2,7 @@
 
 >>> x = random_tensor((8, 8, 9), "str", rank=4, t=2)
 >>> x.format, x.ranks, x.t, x.num_params
-('str', (4, 4, 4), (2, 2), 56)
+('str', (4, 4, 4), (2, 2), 100)
 """
 
 from __future__ import annotations

@@ -152,6 +152,8 @@ def tr_decompose(x: torch.Tensor, ranks: Sequence[int], n_iter: int = 300, resta
     norm = float(xd.norm()) or 1.0
     svd = tr_svd(xd, ranks)
     best, best_err = svd, _tr_err(xd, svd) / norm
+    if best_err < 1e-12:  # TR-SVD is already exact: ALS (whose ridge starts large) cannot improve it
+        return [g.to(dtype) for g in svd]
     starts = [[c.clone() for c in svd]]
     rms = float(xd.pow(2).mean().sqrt()) or 1.0
     gen = torch.Generator().manual_seed(seed)
@@ -190,12 +192,15 @@ def linear_map_matrix(fn, like: torch.Tensor, chunk: int = 256) -> torch.Tensor:
 
 
 def als_fit(fmt: Format, x: torch.Tensor, ranks: tuple, t: tuple[int, ...], n_iter: int = 300,
-            tol: float = 1e-13, seed: int = 0, restarts: int = 3, **_: object) -> list[torch.Tensor]:
+            tol: float = 1e-13, seed: int = 0, restarts: int = 3, ridge: float = 1.0, decay: float = 0.8,
+            **_: object) -> list[torch.Tensor]:
     """Fit the stored cores of any format by alternating least squares.
 
     The reconstruction is linear in each core, so each step solves an exact least-squares problem (normal
-    equations with a tiny ridge, assembled in column chunks). Used for the mixed-t topologies that have no
-    classical equivalent. Keeps the best of ``restarts`` random starts.
+    equations assembled in column chunks). As in :func:`tr_als`, a Tikhonov term ``ridge · decay^sweep``
+    (relative to the Gram matrix's mean diagonal) steers ALS out of the swamps of ring-like topologies and
+    vanishes as the sweeps go on. Used for the mixed-t topologies that have no classical equivalent. Keeps the
+    best iterate of ``restarts`` random starts.
     """
     dtype = x.dtype
     xd = x.double()
@@ -203,30 +208,30 @@ def als_fit(fmt: Format, x: torch.Tensor, ranks: tuple, t: tuple[int, ...], n_it
     target = xd.reshape(-1)
     norm = float(target.norm()) or 1.0
     best, best_err = None, math.inf
-    for r in range(restarts):
+    for r in range(max(1, restarts)):
         gen = torch.Generator().manual_seed(seed + r)
         fs = fmt.random_factors(shape, ranks, t, generator=gen, dtype=torch.float64,
                                 std=float(xd.pow(2).mean().sqrt()) or 1.0)
         prev = math.inf
-        err = math.inf
-        for _ in range(n_iter):
+        for sweep in range(n_iter):
+            lam = ridge * decay**sweep
             for k in range(len(fs)):
                 def fn(f, k=k, fs=fs):
                     return fmt.reconstruct([*fs[:k], f, *fs[k + 1:]], shape, ranks, t)
 
                 a = linear_map_matrix(fn, fs[k])
                 ata = a.T @ a
-                ridge = 1e-14 * float(ata.diagonal().mean().abs() + 1e-300)
-                ata = ata + ridge * torch.eye(ata.shape[0], dtype=ata.dtype)
+                scale = float(ata.diagonal().mean().abs()) or 1.0
+                ata = ata + (lam + 1e-14) * scale * torch.eye(ata.shape[0], dtype=ata.dtype)
                 sol = torch.linalg.solve(ata, a.T @ target)
                 fs[k] = sol.reshape(fs[k].shape)
             err = float((fmt.reconstruct(fs, shape, ranks, t).reshape(-1) - target).norm()) / norm
-            if err < 1e-13 or prev - err <= tol:
+            if err < best_err:
+                best, best_err = [f.clone() for f in fs], err
+            if err < 1e-13 or (lam < 1e-8 and prev - err <= tol):
                 break
             prev = err
-        if err < best_err:
-            best, best_err = fs, err
-        if best_err < 1e-10:
+        if best_err < 1e-8:
             break
     assert best is not None
     return [f.to(dtype) for f in best]

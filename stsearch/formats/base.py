@@ -105,6 +105,47 @@ class Format(ABC):
     def decompose_classical(self, x: torch.Tensor, ranks: tuple, **kw) -> list[torch.Tensor]:
         """Classical decomposition (t = 1) of ``x`` at the given ranks."""
 
+    def bond_limits(self, shape: Shape) -> list[int | None]:
+        """Largest rank each bond may take on ``shape`` (``None``: no per-bond limit)."""
+        return [None] * len(self.bond_divisors(shape, (1,) * self.n_t(shape)))
+
+    @abstractmethod
+    def bond_divisors(self, shape: Shape, t: tuple[int, ...]) -> list[int]:
+        """The number each bond's rank must be a multiple of, given ``t`` (the lcm of the t that shrink it)."""
+
+    def n_t(self, shape: Shape) -> int:
+        """How many t values the format takes on a tensor of order ``len(shape)``."""
+        return len(shape) if self.family == "tucker" else len(shape) - 1
+
+    def feasible_ranks(self, shape: Shape, rank: RankArg, t: TArg) -> tuple | None:
+        """The ranks nearest below ``rank`` (per bond) that are valid with ``t`` on ``shape``, or ``None``.
+
+        Each bond is capped at :meth:`bond_limits` and rounded down to a multiple of :meth:`bond_divisors`
+        (but never below one multiple). Used by the search to turn a sampled rank into a valid plan; user input
+        is never repaired this way (``normalize`` refuses it).
+        """
+        shape = tuple(shape)
+        ts = as_list(t, self.n_t(shape), "t", self.name)
+        divs = self.bond_divisors(shape, tuple(ts))
+        limits = self.bond_limits(shape)
+        want = as_list(rank, len(divs), "rank", self.name, allow_none=True)
+        out: list[int | None] = []
+        for r, d, lim in zip(want, divs, limits):
+            if r is None:
+                out.append(None)
+                continue
+            if lim is not None:
+                r = min(r, lim)
+            r = max(d, r // d * d)
+            if lim is not None and r > lim:
+                return None
+            out.append(r)
+        try:
+            ranks, _ = self.normalize(shape, out, ts)
+        except ValueError:
+            return None
+        return ranks
+
     # -- shared machinery --------------------------------------------------------------------------
     def check_t(self, t: tuple[int, ...]) -> None:
         if not self.semi_tensor and any(v != 1 for v in t):

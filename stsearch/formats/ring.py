@@ -12,6 +12,11 @@ Definition (``t_k = 1`` everywhere gives classical TR)::
 
 A full first core would be redundant (THEORY §5): with every factor a multiple of ``⊗ I_g``, only the sum of
 its g interleaved diagonal blocks reaches X. Storing it shrunk by g removes exactly that redundancy.
+
+Classical equivalents (same tensorization, same parameter count): uniform t is TR(R/t); the two mixed patterns
+whose leftover identity wire runs beside an existing bond (``t_2 = … = t_{N-1} > t_N`` and
+``t_2 < t_3 = … = t_N``, which cover every nested t when N = 3) are a TR with that wire merged into the bond.
+Every other mixed t leaves a chord and has no classical equivalent.
 """
 
 from __future__ import annotations
@@ -60,6 +65,13 @@ class TRFormat(Format):
                                  f"rank[{j + 1}]={a} and rank[{(j + 2) % n}]={b}")
         return tuple(ranks), tuple(ts)
 
+    def bond_divisors(self, shape, t):
+        # bond 0 joins core N and core 1 (shrunk by g); bond k ≥ 1 joins core k and core k+1
+        g = min(t)
+        per_core = (g, *t)
+        n = len(shape)
+        return [math.lcm(per_core[k - 1], per_core[k % n]) for k in range(n)]
+
     def factor_shapes(self, shape, ranks, t):
         n = len(shape)
         g = min(t)
@@ -87,29 +99,97 @@ class TRFormat(Format):
         out += [kron_identity(c.permute(1, 0, 2), tv).permute(1, 0, 2) for c, tv in zip(factors[1:], t)]
         return out
 
-    # -- THEORY §4: uniform t is TR(R/t), the factor t absorbed into the first core -------------------------
+    # -- THEORY §4 -----------------------------------------------------------------------------------------
+    # Divide every factor by ⊗ I_g (g = min t); core k then carries identity wires of total size t_k/g.
+    # Uniform t: no wire is left, and STR(R, t) is TR(R/t) with the factor g (the trace of I_g) absorbed into
+    # the first core. A wire that passes through cores a+1..b-1 joins core a to core b; it is a chord unless
+    # a and b are neighbours on the ring, which happens in exactly two patterns (h = T/g):
+    #   A: t_2 = … = t_{N-1} = T, t_N = g: the wire joins core 1 to core N, beside the closing bond R_0;
+    #   B: t_2 = g, t_3 = … = t_N = T: the wire joins core 2 to core 1, beside bond R_1.
+    # A parallel wire merges into the bond it runs beside, so both are a TR on the same tensorization
+    # (for N = 3 every nested t is uniform, A or B).
+    @staticmethod
+    def _case(t: tuple[int, ...]) -> str | None:
+        if len(set(t)) == 1:
+            return "uniform"
+        g = min(t)
+        if len(set(t[:-1])) == 1 and t[-1] == g:
+            return "closing"
+        if t[0] == g and len(set(t[1:])) == 1:
+            return "first"
+        return None
+
     def equivalence(self, shape, ranks, t):
-        shape = tuple(shape)
-        if len(set(t)) != 1:
+        shape, ranks, t = tuple(shape), tuple(ranks), tuple(t)
+        case = self._case(t)
+        if case is None:
             return None
-        g = t[0]
-        eq_ranks = tuple(r // g for r in ranks)
+        n = len(shape)
+        g = min(t)
+        ident = Relayout.identity(shape)
+        if case == "uniform":
+            eq_ranks = tuple(r // g for r in ranks)
+
+            def to_eq(fs):
+                return [fs[0] * g, *fs[1:]] if g != 1 else list(fs)
+
+            def from_eq(fs):
+                return [fs[0] / g, *fs[1:]] if g != 1 else list(fs)
+
+            return Equivalence("tr", shape, eq_ranks, ident, to_eq, from_eq)
+
+        big_t = max(t)
+        h = big_t // g
+        if case == "closing":
+            # Core 1's right index d·h + s and core N's left index a·h + s share the wire s; merge it into the
+            # closing bond as b·h + s:
+            #   G'_1[b·h+s, i, d] = g·G_1[b, i, d·h+s],   G'_N[a, i, b·h+s] = G_N[a·h+s, i, b].
+            eq_ranks = (ranks[0] // g * h, *(r // big_t for r in ranks[1:]))
+            b0, r1 = ranks[0] // g, ranks[1] // g
+            an = ranks[-1] // g
+
+            def to_eq(fs):
+                i1, i_n = shape[0], shape[-1]
+                g1 = fs[0].reshape(b0, i1, r1 // h, h).permute(0, 3, 1, 2).reshape(b0 * h, i1, r1 // h)
+                gn = fs[-1].reshape(an // h, h, i_n, b0).permute(0, 2, 3, 1).reshape(an // h, i_n, b0 * h)
+                return [g1 * g, *fs[1:-1], gn]
+
+            def from_eq(fs):
+                i1, i_n = shape[0], shape[-1]
+                g1 = fs[0].reshape(b0, h, i1, r1 // h).permute(0, 2, 3, 1).reshape(b0, i1, r1)
+                gn = fs[-1].reshape(an // h, i_n, b0, h).permute(0, 3, 1, 2).reshape(an, i_n, b0)
+                return [g1 / g, *fs[1:-1], gn]
+
+            return Equivalence("tr", shape, eq_ranks, ident, to_eq, from_eq)
+
+        # case "first": core 2's right index a·h + s and core 1's left index b·h + s share the wire s; merge it
+        # into bond 1 as d·h + s:
+        #   G'_1[b, i, d·h+s] = g·G_1[b·h+s, i, d],   G'_2[d·h+s, i, a] = G_2[d, i, a·h+s].
+        r0, r1, r2 = ranks[0] // g, ranks[1] // g, ranks[2 % n] // g
+        eq_ranks = (ranks[0] // big_t, ranks[1] // g * h, *(r // big_t for r in ranks[2:]))
 
         def to_eq(fs):
-            return [fs[0] * g, *fs[1:]] if g != 1 else list(fs)
+            i1, i2 = shape[0], shape[1]
+            g1 = fs[0].reshape(r0 // h, h, i1, r1).permute(0, 2, 3, 1).reshape(r0 // h, i1, r1 * h)
+            g2 = fs[1].reshape(r1, i2, r2 // h, h).permute(0, 3, 1, 2).reshape(r1 * h, i2, r2 // h)
+            return [g1 * g, g2, *fs[2:]]
 
         def from_eq(fs):
-            return [fs[0] / g, *fs[1:]] if g != 1 else list(fs)
+            i1, i2 = shape[0], shape[1]
+            g1 = fs[0].reshape(r0 // h, i1, r1, h).permute(0, 3, 1, 2).reshape(r0, i1, r1)
+            g2 = fs[1].reshape(r1, h, i2, r2 // h).permute(0, 2, 3, 1).reshape(r1, i2, r2)
+            return [g1 / g, g2, *fs[2:]]
 
-        return Equivalence("tr", shape, eq_ranks, Relayout.identity(shape), to_eq, from_eq)
+        return Equivalence("tr", shape, eq_ranks, ident, to_eq, from_eq)
 
     def no_equivalent_reason(self, shape, ranks, t):
-        if len(set(t)) == 1:
+        if self._case(tuple(t)) is not None:
             return None
         g = min(t)
         k = next(j for j, v in enumerate(t) if v != g)
-        return (f"t={list(t)} is not uniform: after factoring out g={g}, core {k + 2} carries an identity wire "
-                f"of size {t[k] // g} through the ring as a chord; no single classical format has this topology")
+        return (f"t={list(t)}: after factoring out g={g}, core {k + 2} carries an identity wire of size "
+                f"{t[k] // g} that joins two cores that are not neighbours on the ring (a chord); no single "
+                f"classical format has this topology (THEORY §4)")
 
     def decompose_classical(self, x, ranks, **kw):
         return tr_decompose(x, ranks, **kw)

@@ -54,6 +54,13 @@ class TTFormat(Format):
                     raise ShapeError(f"{self.name}: t[{j}]={tv} (core {core}) must divide {what}")
         return tuple(ranks), tuple(ts)
 
+    def bond_limits(self, shape):
+        return [min(math.prod(shape[: k + 1]), math.prod(shape[k + 1:])) for k in range(len(shape) - 1)]
+
+    def bond_divisors(self, shape, t):
+        full = (1, *t)  # bond k (1-based) joins core k and core k+1
+        return [math.lcm(full[k], full[k + 1]) for k in range(len(shape) - 1)]
+
     def factor_shapes(self, shape, ranks, t):
         n = len(shape)
         out = [(1, shape[0], ranks[0])]

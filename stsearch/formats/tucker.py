@@ -48,6 +48,12 @@ class TuckerFormat(Format):
     def _core_shape(shape: Shape, ranks: tuple) -> Shape:
         return tuple(s if r is None else r for s, r in zip(shape, ranks))
 
+    def bond_limits(self, shape):
+        return list(shape)
+
+    def bond_divisors(self, shape, t):
+        return list(t)
+
     def factor_shapes(self, shape, ranks, t):
         out = [self._core_shape(shape, ranks)]
         out += [(s // tv, r // tv) for s, r, tv in zip(shape, ranks, t) if r is not None]
