@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,8 @@ from torch import nn
 from .errors import ConfigError, StsearchError
 from .plan import CompressionPlan, LayerSpec
 
-__all__ = ["compress", "profile", "Profile", "compressible_layers", "validate_plan", "densify"]
+__all__ = ["compress", "profile", "Profile", "compressible_layers", "validate_plan", "densify", "estimate_params",
+           "layer_layout"]
 
 
 def _factorized_types() -> tuple[type, type]:
@@ -41,6 +43,22 @@ def _as_plan(plan: CompressionPlan | Mapping[str, Any]) -> CompressionPlan:
     return plan if isinstance(plan, CompressionPlan) else CompressionPlan(plan)
 
 
+def layer_layout(layer: nn.Module, spec: LayerSpec) -> Any:
+    """The validated tensorization (:class:`~stsearch.layers.LayerLayout`) of ``spec`` on ``layer``."""
+    from .layers import normalize_layer_spec
+
+    if isinstance(layer, nn.Conv2d):
+        return normalize_layer_spec("conv", spec.format, layer.in_channels, layer.out_channels,
+                                    layer.kernel_size, rank=_arg(spec.rank), t=_arg(spec.t),
+                                    in_shape=spec.in_shape, out_shape=spec.out_shape)
+    return normalize_layer_spec("linear", spec.format, layer.in_features, layer.out_features, rank=_arg(spec.rank),
+                                t=_arg(spec.t), in_shape=spec.in_shape, out_shape=spec.out_shape)
+
+
+def _arg(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
 def validate_plan(model: nn.Module, plan: CompressionPlan | Mapping[str, Any]) -> CompressionPlan:
     """Check every named module exists and is compressible, and every spec fits its layer.
 
@@ -49,8 +67,6 @@ def validate_plan(model: nn.Module, plan: CompressionPlan | Mapping[str, Any]) -
     plan = _as_plan(plan)
     layers = compressible_layers(model)
     modules = dict(model.named_modules())
-    from .layers import layer_spec_params
-
     for name, spec in plan.items():
         if name not in layers:
             if name in modules:
@@ -63,10 +79,30 @@ def validate_plan(model: nn.Module, plan: CompressionPlan | Mapping[str, Any]) -
         if spec.is_dense:
             continue
         try:
-            layer_spec_params(layers[name], spec)
+            layer_layout(layers[name], spec)
         except StsearchError as e:
             raise ConfigError(f"plan[{name!r}]: {e}") from None
     return plan
+
+
+def estimate_params(model: nn.Module, plan: CompressionPlan | Mapping[str, Any]) -> dict[str, Any]:
+    """Parameter counts and compression ratios of ``compress(model, plan)``, computed without building it.
+
+    Uses the formats' exact counts; agrees with :func:`profile` of the built model.
+    """
+    plan = validate_plan(model, plan)
+    layers = compressible_layers(model)
+    dense = sum(p.numel() for p in model.parameters())
+    params, fw, dw = dense, 0, 0
+    for name, spec in plan.items():
+        if spec.is_dense:
+            continue
+        lay = layer_layout(layers[name], spec)
+        params += lay.weight_params - lay.dense_weight_params
+        fw += lay.weight_params
+        dw += lay.dense_weight_params
+    return {"params": params, "dense_params": dense, "compression_ratio": dense / params,
+            "layer_compression_ratio": dw / fw if fw else 1.0}
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -75,30 +111,36 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+DECOMPOSE_BUDGET: dict[str, Any] = {"n_iter": 15, "restarts": 0}
+"""Iteration budget of the iterative fits (TR-ALS, mixed-t ALS) when a layer is initialised from trained
+weights. Fine-tuning follows, so a moderate fit is enough; HOOI, TT-SVD and TR-SVD are unaffected."""
+
+
 def _build(layer: nn.Module, spec: LayerSpec, init: str, generator: torch.Generator | None) -> nn.Module:
     FactorizedConv2d, FactorizedLinear = _factorized_types()
-    kw = dict(fmt=spec.format, rank=list(spec.rank) if isinstance(spec.rank, tuple) else spec.rank,
-              t=list(spec.t) if isinstance(spec.t, tuple) else spec.t,
-              in_shape=spec.in_shape, out_shape=spec.out_shape, implementation=spec.implementation)
+    kw = dict(fmt=spec.format, rank=_arg(spec.rank), t=_arg(spec.t), in_shape=spec.in_shape,
+              out_shape=spec.out_shape, implementation=spec.implementation)
     w = layer.weight
     if isinstance(layer, nn.Conv2d):
         if init == "decompose":
-            return FactorizedConv2d.from_dense(layer, **kw)
+            return FactorizedConv2d.from_dense(layer, decompose_kwargs=DECOMPOSE_BUDGET, **kw)
         return FactorizedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
                                 padding=layer.padding, dilation=layer.dilation, bias=layer.bias is not None,
                                 generator=generator, device=w.device, dtype=w.dtype, **kw)
     if init == "decompose":
-        return FactorizedLinear.from_dense(layer, **kw)
+        return FactorizedLinear.from_dense(layer, decompose_kwargs=DECOMPOSE_BUDGET, **kw)
     return FactorizedLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                             generator=generator, device=w.device, dtype=w.dtype, **kw)
 
 
 def compress(model: nn.Module, plan: CompressionPlan | Mapping[str, Any], init: str = "decompose",
-             seed: int | None = None) -> nn.Module:
+             seed: int | None = None, cache: dict | None = None) -> nn.Module:
     """A compressed copy of ``model``: each layer named in ``plan`` becomes a factorized layer.
 
     init: ``decompose`` (factor the trained weights; the usual fine-tuning start) or ``random``
     (variance-preserving random factors, to train from scratch). The original model is not modified.
+    cache: an optional dict that memoises decomposed layers by (module name, spec) — valid only while
+    ``model``'s weights do not change (the search keeps one per baseline).
     """
     if init not in ("decompose", "random"):
         raise ConfigError(f"compress: init must be 'decompose' or 'random' (got {init!r})")
@@ -109,8 +151,15 @@ def compress(model: nn.Module, plan: CompressionPlan | Mapping[str, Any], init: 
     for name, spec in plan.items():
         if spec.is_dense:
             continue
+        key = (name, json.dumps(spec.to_dict(), sort_keys=True))
         with torch.no_grad():
-            _set_module(new, name, _build(layers[name], spec, init, gen))
+            if init == "decompose" and cache is not None and key in cache:
+                built = copy.deepcopy(cache[key])
+            else:
+                built = _build(layers[name], spec, init, gen)
+                if init == "decompose" and cache is not None:
+                    cache[key] = copy.deepcopy(built)
+            _set_module(new, name, built)
     return new
 
 
