@@ -31,7 +31,7 @@ import pandas as pd
 from . import _io
 from .errors import ConfigError, RunError
 
-__all__ = ["trials_frame", "pareto_mask", "front", "hypervolume", "best_within_drop", "best_at_cr",
+__all__ = ["trials_frame", "pareto_mask", "front", "format_front", "hypervolume", "best_within_drop", "best_at_cr",
            "format_summary", "plot_png", "plot_html", "write_reports", "FRONT_COLUMNS"]
 
 Run = str | os.PathLike[str] | Sequence[Mapping[str, Any]] | pd.DataFrame
@@ -247,14 +247,61 @@ def _front_frame(df: pd.DataFrame, run: Run, baseline: Baseline) -> pd.DataFrame
     return on.reset_index(drop=True)
 
 
-def front(run: Run, *, baseline: Baseline = None) -> pd.DataFrame:
+def front(run: Run, *, baseline: Baseline = None, latency: bool = False, latency_batch: int = 1) -> pd.DataFrame:
     """The Pareto front of the complete trials, sorted by CR ascending (so accuracy descends).
 
     Columns :data:`FRONT_COLUMNS`: trial, accuracy (0–1), drop (baseline − accuracy, in points; NaN without a
     baseline), compression_ratio, layer_compression_ratio, params, flops, formats (``"stt×9 tt×4 dense×2"``).
+    ``latency=True`` (a run directory only) adds ``latency_ms`` before ``formats``: each front member is loaded
+    from its trial directory and timed on the CPU with one thread at batch ``latency_batch`` (median of
+    repeats); NaN where its weights cannot be loaded. Only front members are timed, and only here.
     Raises RunError when the run has no complete trial (the message says how many failed and why).
     """
-    return _front_frame(trials_frame(run), run, baseline)[list(FRONT_COLUMNS)]
+    df = _front_frame(trials_frame(run), run, baseline)[list(FRONT_COLUMNS)]
+    if latency:
+        df.insert(len(FRONT_COLUMNS) - 1, "latency_ms", _front_latency(run, df["trial"], latency_batch))
+    return df
+
+
+def _front_latency(run: Run, trials: pd.Series, batch: int) -> list[float]:
+    if not isinstance(run, (str, os.PathLike)):
+        raise ConfigError("front(latency=True) needs a run directory (it loads each front member's weights)")
+    from .export import load
+    from .study.reports import latency_ms, run_input_shape
+
+    shape = run_input_shape(run)
+    out = []
+    for n in trials:
+        try:
+            model = load(Path(run) / "trials" / str(int(n)))
+        except RunError:
+            out.append(math.nan)
+            continue
+        out.append(latency_ms(model, shape, batch=batch))
+    return out
+
+
+def format_front(df: pd.DataFrame) -> str:
+    """The front as a readable table: accuracy in %, drop in points, CR with ×, FLOPs in M, latency in ms."""
+    def num(v: Any, fmt: str) -> str:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return "—"
+        return format(f, fmt) if math.isfinite(f) else "—"
+
+    cols: dict[str, Any] = {
+        "trial": df["trial"].astype(int),
+        "accuracy": [num(100 * float(v), ".2f") + "%" for v in df["accuracy"]],
+        "drop (pts)": [num(v, "+.2f") for v in df["drop"]],
+        "CR": [num(v, ".2f") + "×" for v in df["compression_ratio"]],
+        "params": [num(v, ",.0f") for v in df["params"]],
+        "FLOPs": [num(float(v) / 1e6, ".3f") + "M" if pd.notna(v) else "—" for v in df["flops"]],
+    }
+    if "latency_ms" in df:
+        cols["latency (ms)"] = [num(v, ".3f") for v in df["latency_ms"]]
+    cols["formats"] = df["formats"]
+    return pd.DataFrame(cols).to_string(index=False)
 
 
 def hypervolume(run: Run, *, baseline: Baseline = None, upper_log10_cr: float | None = None) -> float:
