@@ -216,8 +216,12 @@ def _count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            # Warm-up: a factorized layer's first call per input shape makes its "auto" choice, which counts
+            # the FLOPs of its candidate paths; that one-off work must not be charged to the forward pass.
             model(x)
+            with FlopCounterMode(display=False) as counter:
+                model(x)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

@@ -107,3 +107,14 @@ def test_plan_object_and_dict_agree(resnet: nn.Module) -> None:
     a = estimate_params(resnet, MIXED)
     b = estimate_params(resnet, CompressionPlan(MIXED))
     assert a == b and math.isfinite(a["compression_ratio"]) and a["compression_ratio"] > 1
+
+
+def test_profile_flops_do_not_include_the_auto_choice() -> None:
+    """The first forward per input shape makes each layer's ``auto`` choice (which counts its candidate paths);
+    profile() must count the forward pass only, whatever ran before in the process."""
+    m = models.create("digits_cnn")
+    plan = {"conv1": {"format": "tucker", "rank": [11, 1]}, "conv3": {"format": "tt", "rank": 7,
+                                                                      "in_shape": [4, 8], "out_shape": [4, 8]}}
+    cold = profile(compress(m, plan, init="decompose"), (1, 8, 8)).flops  # layouts unseen in this process
+    warm = profile(compress(m, plan, init="random", seed=0), (1, 8, 8)).flops
+    assert cold == warm
