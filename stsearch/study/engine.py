@@ -274,23 +274,65 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def fail_dead_trials(study: Any) -> list[int]:
-    """Fail RUNNING trials whose worker process on this host is gone; returns their numbers.
+def _stale_trial_ids(study: Any) -> set[int]:
+    """Trial ids whose storage heartbeat is older than the grace period (RDB storages with a heartbeat)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
 
-    Trials of other hosts are left to the storage heartbeat (``grace_period``).
+    storage = study._storage
+    try:
+        if not is_heartbeat_enabled(storage):
+            return set()
+        return set(storage._get_stale_trial_ids(study._study_id))
+    except Exception:  # noqa: BLE001 - a storage without (or with another) heartbeat API: nothing is stale
+        return set()
+
+
+def fail_dead_trials(study: Any, run: RunDir | None = None) -> list[int]:
+    """Fail RUNNING trials whose worker is gone, recording why; returns their numbers.
+
+    A worker on this host is gone when its PID is dead. A worker elsewhere is gone when the storage heartbeat
+    (RDB storages: PostgreSQL, MySQL, SQLite) is older than the grace period; JournalStorage has no heartbeat,
+    so only same-host workers are detected there. With ``run``, the trial's ``metrics.json`` says so too.
     """
     import optuna
 
     failed = []
+    stale = _stale_trial_ids(study)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
         if host == HOST and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid):
             reason = f"worker {host}:{pid} is gone (killed or crashed); trial failed on restart"
+        elif t._trial_id in stale:
+            backend = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+            grace = getattr(backend, "grace_period", None) or "the grace period"
+            reason = (f"worker {host or '?'}:{pid or '?'} is gone (no heartbeat for more than {grace} s: killed, "
+                      "crashed or cut off); trial failed")
+        else:
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - another process failed (or finished) it first
+            continue
+        failed.append(t.number)
+        if run is not None:
             with contextlib.suppress(Exception):
-                study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
-                study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-                failed.append(t.number)
+                _record_dead(run, t.number, reason)
     return failed
+
+
+def _record_dead(run: RunDir, number: int, reason: str) -> None:
+    """Mark ``trials/<n>/metrics.json`` failed (keeping what a half-finished trial wrote there)."""
+    import json
+
+    path = run.trial_dir(number) / "metrics.json"
+    metrics: dict[str, Any] = {}
+    if path.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            old = json.loads(path.read_text())
+            metrics = old if isinstance(old, dict) else {}
+    metrics.update(trial=number, status="failed", reason=reason)
+    _io.write_json(path, metrics)
 
 
 def finished_count(study: Any) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,10 @@ def resolve_storage(storage: str | None, run: RunDir, *, heartbeat: int | None =
     """
     import optuna
 
-    run.root.mkdir(parents=True, exist_ok=True)
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the run directory {run.root}: {e.strerror or e}") from None
     if storage is None:
         storage = f"sqlite:///{run.study_db.resolve()}"
     if not isinstance(storage, str) or not storage:
@@ -101,8 +105,11 @@ def resolve_storage(storage: str | None, run: RunDir, *, heartbeat: int | None =
         path = storage[len("journal:"):]
         if not path:
             raise RunError("--storage: journal: needs a file path, e.g. journal:/shared/study.log")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(path))
+        except OSError as e:
+            raise RunError(f"--storage: cannot open the journal file {path!r}: {e.strerror or e}") from None
     if "://" not in storage:
         raise RunError(f"--storage: {storage!r} is neither an RDB URL (e.g. sqlite:///x.db, "
                        f"postgresql://user@host/db) nor journal:PATH")
@@ -111,9 +118,24 @@ def resolve_storage(storage: str | None, run: RunDir, *, heartbeat: int | None =
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
     if heartbeat:
         kwargs.update(heartbeat_interval=heartbeat, grace_period=4 * heartbeat)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat is "experimental"
-            return optuna.storages.RDBStorage(storage, **kwargs)
-    except Exception as e:  # noqa: BLE001 - report any driver error with the URL
-        raise RunError(f"--storage: cannot open {storage!r}: {e}") from None
+    for attempt in range(SCHEMA_RETRIES + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: "experimental"
+                return optuna.storages.RDBStorage(storage, **kwargs)
+        except Exception as e:  # noqa: BLE001 - report any driver error with the URL
+            # Workers started together on a new database race to create its tables ("table studies already
+            # exists", a duplicate alembic_version row); the loser finds them made when it tries again.
+            if attempt < SCHEMA_RETRIES and _schema_race(e):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise RunError(f"--storage: cannot open {storage!r}: {e}") from None
+    raise AssertionError("unreachable")
+
+
+SCHEMA_RETRIES = 5
+
+
+def _schema_race(e: Exception) -> bool:
+    text = str(e).lower()
+    return "already exists" in text or "alembic_version" in text or "unique constraint" in text

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .. import _io
 from ..errors import ConfigError, RunError
@@ -35,7 +38,17 @@ def make_sampler(space: Any, seed: int | None = None) -> Any:
             options.pop("group", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return dataclasses.replace(cfg, options=options).build(seed)
+        return dataclasses.replace(cfg, options=options, seed=seed).build(seed)  # ``seed`` wins over the space's
+
+
+def derived_seed(space: Any, n: int) -> int:
+    """The sampler seed for a worker whose next trial is number ``n``: the space's seed for ``n == 0``, else a
+    hash of (seed, n). A seeded sampler restarted on a study that already has trials (a resume), or sharing it
+    with other workers, would otherwise draw the same plans again."""
+    seed = space.sampler_seed
+    if n == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{n}".encode()).digest()[:4], "little")
 
 
 def _space_fingerprint(space: Any) -> str:
@@ -115,6 +128,9 @@ def open_study(space: Any, run: RunDir, storage: str | None, seed: int | None = 
     elif old != fp:
         raise RunError(f"study {run.name!r} in {run.root} was made from a different search space "
                        f"(fingerprint {old} ≠ {fp}); use another --study name or the original space")
+    n = len(study.get_trials(deepcopy=False))
+    if n:  # resuming: go on from where the study is instead of replaying the seed's first samples
+        study.sampler = make_sampler(space, derived_seed(space, n))
     return study
 
 
@@ -140,11 +156,15 @@ def search(space: Any = None, *, trials: int | None = None, study: str | None = 
         sp = sp.with_overrides(**overrides)
     if backend not in ("optuna", "ray"):
         raise ConfigError(f"--backend: must be 'optuna' or 'ray' (got {backend!r})")
-    run = RunDir.of(runs_dir, study or sp.name)
-    run.root.mkdir(parents=True, exist_ok=True)
-    _io.write_text(run.space_yaml, sp.to_yaml())
+    check_timeout(timeout)
+    run = RunDir.of(runs_dir, check_study_name(study or sp.name))
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+        _io.write_text(run.space_yaml, sp.to_yaml())
+    except OSError as e:
+        raise RunError(f"--runs-dir: cannot create the run directory {run.root}: {e.strerror or e}") from None
     ost = open_study(sp, run, storage, seed, verbose=verbose)
-    gone = fail_dead_trials(ost)
+    gone = fail_dead_trials(ost, run)
     if gone and progress:
         print(f"marked {len(gone)} trial(s) whose worker is gone as failed: {gone}")
     ctx = build_context(sp, run, runs_dir=Path(runs_dir), device=device, baseline_path=baseline,
@@ -162,6 +182,91 @@ def search(space: Any = None, *, trials: int | None = None, study: str | None = 
     return ost
 
 
+def check_study_name(name: Any) -> str:
+    """``name`` if it can name ``<runs-dir>/<study>`` (one path component), else ConfigError."""
+    if (not isinstance(name, str) or not name.strip() or name in (".", "..")
+            or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name)):
+        raise ConfigError(f"--study: {name!r} is not a study name; it names the folder <runs-dir>/<study>, so it "
+                          "must be non-empty, not '.' or '..', and hold no '/', '\\' or control characters")
+    return name
+
+
+def check_timeout(timeout: Any) -> None:
+    """ConfigError unless ``timeout`` is ``None`` or a positive, finite number of seconds."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--timeout: must be a positive number of seconds (got {timeout!r})")
+
+
+class _Interrupt:
+    """SIGINT (Ctrl-C) handling of the local optimize loop.
+
+    During a trial's objective, Ctrl-C raises KeyboardInterrupt at once (the trial is recorded as failed). While
+    Optuna creates or records a trial, it is deferred until that step is done, then the loop stops: otherwise the
+    trial is left RUNNING (a trained one is lost) and Optuna itself fails with an UnboundLocalError. A second
+    Ctrl-C always interrupts at once.
+    """
+
+    def __init__(self, study: Any):
+        self.study = study
+        self.inside = False
+        self.count = 0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.inside or self.count > 1:
+            raise KeyboardInterrupt
+        try:
+            self.study.stop()
+        except RuntimeError:  # not inside the optimize loop
+            raise KeyboardInterrupt from None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Install the handler (main thread only, and only over Python's default SIGINT handler)."""
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield
+            return
+        old = signal.signal(signal.SIGINT, self)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+class _Guarded:
+    """The objective, run with :class:`_Interrupt` told that a trial is in progress.
+
+    When the trial's number is not the one a lone worker would have got next (other workers share the study),
+    the sampler is reseeded from the trial number first, so that workers started with the same seed do not
+    sample the same plans. A lone worker keeps one seeded stream: the same space and seed give the same plans.
+    """
+
+    def __init__(self, objective: Any, guard: _Interrupt, space: Any, expected: int):
+        self.objective = objective
+        self.guard = guard
+        self.space = space
+        self.expected = expected
+
+    def __call__(self, trial: Any) -> Any:
+        if self.guard.count:  # Ctrl-C while Optuna created this trial: fail it before it starts
+            reason = "interrupted (KeyboardInterrupt) before the trial started"
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("reason", reason)
+            raise KeyboardInterrupt(reason)
+        if trial.number != self.expected:
+            trial.study.sampler = make_sampler(self.space, derived_seed(self.space, trial.number))
+        self.expected = trial.number + 1
+        self.guard.inside = True
+        try:
+            return self.objective(trial)
+        finally:
+            self.guard.inside = False
+
+
 def run_local(study: Any, ctx: SearchContext, *, n_trials: int, timeout: float | None, progress: bool) -> None:
     """Optimise in this process until the study has ``n_trials`` finished trials."""
     import optuna
@@ -174,17 +279,24 @@ def run_local(study: Any, ctx: SearchContext, *, n_trials: int, timeout: float |
                   f"(asked for {n_trials}); nothing to run")
         return
     callbacks: list[Any] = [optuna.study.MaxTrialsCallback(
-        n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))]
+        n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)),
+        # Fail other workers' dead trials (with the reason) before Optuna's heartbeat check fails them without one.
+        lambda st, _t: fail_dead_trials(st, ctx.run)]
     bar = Progress(study, ctx, n_trials) if progress else None
     if bar is not None:
         callbacks.append(bar)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    guard = _Interrupt(study)
+    expected = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(ctx.space, derived_seed(ctx.space, expected))
+    objective = _Guarded(Objective(ctx), guard, ctx.space, expected=expected)
     try:
-        study.optimize(Objective(ctx), n_trials=remaining, timeout=timeout, catch=(Exception,),
-                       callbacks=callbacks)
+        with guard.installed():
+            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(Exception,), callbacks=callbacks)
     finally:
         if bar is not None:
             bar.close()
+    if guard.count:
+        raise KeyboardInterrupt("interrupted between trials")
 
 
 class Progress:
@@ -237,9 +349,12 @@ def finish(run: RunDir, study: Any, *, progress: bool = True) -> None:
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        reason = failed[0].user_attrs.get("reason", "unknown") if failed else "no trial ran"
-        raise RunError(f"study {study.study_name!r}: no trial completed ({len(failed)} failed; first reason: "
-                       f"{reason}); nothing to plot")
+        pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        counts = ", ".join(f"{len(ts)} {what}" for ts, what in ((failed, "failed"), (pruned, "pruned")) if ts)
+        first = min(failed + pruned, key=lambda t: t.number, default=None)
+        why = "no trial ran" if first is None else (
+            f"{counts}; first reason: {first.user_attrs.get('reason', 'unknown')}")
+        raise RunError(f"study {study.study_name!r}: no trial completed ({why}); nothing to plot")
     write_reports(run.root)
     if progress:
         df = front(run.root)

@@ -1,0 +1,1 @@
+"""Reliability and security: interrupted, failing and hostile inputs lose nothing (issue 8)."""
