@@ -23,7 +23,8 @@ SPACE = {
          "rank": {"min": 2, "max": 24, "log": True}, "t": {"values": [1, 2, 4], "mixed": True}},
         {"match": "conv1", "formats": ["tucker", "stt"], "shapes": {"depth": [1, 2]},
          "rank": {"choices": [2, 3, 6]}, "t": [1, 3]},
-        {"match": "fc", "formats": ["tt", "str"], "shapes": [{"in": [8, 8], "out": [2, 5]}, {"in": [4, 16], "out": [10]}],
+        {"match": "fc", "formats": ["tt", "str"],
+         "shapes": [{"in": [8, 8], "out": [2, 5]}, {"in": [4, 16], "out": [10]}],
          "rank": {"min": 2, "max": 8}, "t": [1, 2]},
     ],
 }
