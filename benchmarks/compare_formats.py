@@ -24,8 +24,8 @@ themselves are then read off the front members' mean *test* accuracy against the
 (the rule is in benchmarks/_evidence.py). Nothing is tuned on the test split.
 
     .venv/bin/python benchmarks/compare_formats.py --smoke            # seconds, synthetic data (tests run it)
-    .venv/bin/python benchmarks/compare_formats.py --epochs 2 --seeds 0 1 --workers 2   # the reduced run
-    .venv/bin/python benchmarks/compare_formats.py                      # full: 5 epochs, 3 seeds
+    .venv/bin/python benchmarks/compare_formats.py --epochs 1 --seeds 0 1 --workers 2   # the reduced run (28 min)
+    .venv/bin/python benchmarks/compare_formats.py --workers 2 --als-max-budget 2   # full: 5 epochs, 3 seeds
 
 Outputs (``--out``, default benchmarks/out/compare_formats/): ``runs.jsonl`` (one line per run; resumable),
 ``rows.csv`` (one line per row, mean/std over seeds), ``cr_at_drop.csv``, ``equal_rank.csv``,

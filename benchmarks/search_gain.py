@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--img", type=Path, default=None)
     p.add_argument("--timeout", type=float, default=None, help="stop the search after this many seconds")
+    p.add_argument("--study", default=None, help="study name (resume an earlier run: same name, more trials)")
     p.add_argument("--baseline-cache", type=Path, default=HERE / "out" / "compare_formats" / "baseline_cache",
                    help="train_baseline cache shared with compare_formats.py (same dense model)")
     a = p.parse_args(argv)
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print(desc)
     print(f"dense baseline: val {info['val_accuracy']:.4f} test {info['test_accuracy']:.4f}")
     run_root = out / "runs"
-    study = f"search_gain_{'smoke' if a.smoke else f'{trials}x{epochs}'}"
+    study = a.study or f"search_gain_{'smoke' if a.smoke else f'{trials}x{epochs}'}"
     # The uniform arm runs in a second process while the search runs, for the nominal budget (trials × epochs)
     # in its fixed order; afterwards it is cut to the epochs the search actually used. Same result as running
     # it afterwards with that budget, in half the wall time.
