@@ -171,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StsearchError as e:
         print("stsearch: error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a permission error: name the file, no traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"stsearch: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("stsearch: interrupted; finished trials are kept, run the same command to resume", file=sys.stderr)
         return 130

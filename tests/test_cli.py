@@ -196,3 +196,17 @@ def test_dashboard_command_serves_on_loopback_then_stops(run: Path) -> None:
             if s:
                 s.close()
     assert proc.returncode is not None
+
+
+def test_os_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk or a permission error is one line naming the file, exit 2, no traceback."""
+    import stsearch.cli as cli
+
+    def boom(_args: object) -> int:
+        raise OSError(28, "No space left on device", "/runs/x/baseline.pt")
+
+    parser = cli.build_parser()
+    parser._subparsers._group_actions[0].choices["search"].set_defaults(func=boom)  # noqa: SLF001
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main(["search"]) == 2
+    assert capsys.readouterr().err.strip() == "stsearch: error: No space left on device (/runs/x/baseline.pt)"
