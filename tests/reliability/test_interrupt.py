@@ -55,14 +55,15 @@ def _resume(space: Path, runs: Path, study: str, *extra: str) -> str:
 
 
 def _training_trial(run_dir: Path, pid: int, finished: int) -> optuna.trial.FrozenTrial | None:
-    """The RUNNING trial of process ``pid`` once it has reported an epoch and ``finished`` trials are done."""
+    """The RUNNING trial of process ``pid`` once ``finished`` trials are done and it has reported 1 or 2 of its 4
+    epochs (so that at least one epoch of training is left when the signal arrives)."""
     if not (run_dir / "study.db").exists():
         return None
     ts = trials(run_dir, storage(run_dir))
     if len(by_state(ts, *FINISHED)) < finished:
         return None
     return next((t for t in by_state(ts, TrialState.RUNNING)
-                 if t.user_attrs.get("pid") == pid and t.user_attrs.get("val_curve")), None)
+                 if t.user_attrs.get("pid") == pid and 1 <= len(t.user_attrs.get("val_curve", [])) <= 2), None)
 
 
 def _check_resumed(run_dir: Path, before: dict, n: int = N) -> list[optuna.trial.FrozenTrial]:
