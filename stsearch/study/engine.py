@@ -340,3 +340,12 @@ def finished_count(study: Any) -> int:
 
     s = optuna.trial.TrialState
     return len(study.get_trials(deepcopy=False, states=(s.COMPLETE, s.PRUNED, s.FAIL)))
+
+
+def remaining_trials(study: Any, n_trials: int, *, progress: bool = False) -> int:
+    """How many more trials this worker should run to reach ``n_trials`` finished ones (both backends)."""
+    remaining = n_trials - finished_count(study)
+    if remaining <= 0 and progress:
+        print(f"study {study.study_name!r} already has {n_trials - remaining} finished trials "
+              f"(asked for {n_trials}); nothing to run")
+    return remaining

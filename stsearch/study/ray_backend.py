@@ -45,7 +45,15 @@ import optuna
 
 from .. import _io
 from ..errors import ConfigError, RunError
-from .engine import HOST, Objective, SearchContext, _objective_names, directions, finished_count, trial_files
+from .engine import (
+    HOST,
+    Objective,
+    SearchContext,
+    _objective_names,
+    directions,
+    remaining_trials,
+    trial_files,
+)
 from .rundir import RunDir
 
 TRIAL_NUMBER = "trial_number"
@@ -84,11 +92,8 @@ def run_ray(study: Any, ctx: SearchContext, *, n_trials: int, timeout: float | N
                           f"{gpus_per_trial!r})")
     if concurrency is not None and (isinstance(concurrency, bool) or int(concurrency) < 1):
         raise ConfigError(f"--concurrency must be a positive integer (got {concurrency!r})")
-    remaining = n_trials - finished_count(study)
+    remaining = remaining_trials(study, n_trials, progress=progress)
     if remaining <= 0:
-        if progress:
-            print(f"study {study.study_name!r} already has {finished_count(study)} finished trials "
-                  f"(asked for {n_trials}); nothing to run")
         return
     env = {**RUN_ENV, **({} if verbose else QUIET_ENV), **(LOOPBACK_ENV if address is None else {})}
     with _environ(env), _quiet(verbose):

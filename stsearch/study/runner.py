@@ -17,7 +17,7 @@ from typing import Any
 from .. import _io
 from ..errors import ConfigError, RunError
 from .early_stop import EarlyStopping
-from .engine import Objective, SearchContext, directions, fail_dead_trials, finished_count
+from .engine import Objective, SearchContext, directions, fail_dead_trials, finished_count, remaining_trials
 from .rundir import RunDir, resolve_storage
 
 TPE_DEFAULTS = {"multivariate": True, "group": True, "constant_liar": True}
@@ -272,11 +272,8 @@ def run_local(study: Any, ctx: SearchContext, *, n_trials: int, timeout: float |
     import optuna
     from optuna.trial import TrialState
 
-    remaining = n_trials - finished_count(study)
+    remaining = remaining_trials(study, n_trials, progress=progress)
     if remaining <= 0:
-        if progress:
-            print(f"study {study.study_name!r} already has {finished_count(study)} finished trials "
-                  f"(asked for {n_trials}); nothing to run")
         return
     callbacks: list[Any] = [optuna.study.MaxTrialsCallback(
         n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)),
