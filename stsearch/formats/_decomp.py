@@ -191,17 +191,67 @@ def linear_map_matrix(fn, like: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     return torch.cat(blocks, dim=1)
 
 
+EXPLICIT_MAX_ENTRIES = 4_000_000
+"""Above this many entries (numel(x) × numel(core)), an ALS step solves its normal equations matrix-free by
+conjugate gradients instead of assembling the linear map's matrix (whose Gram product would cost
+numel(x)·numel(core)² flops: minutes per sweep for a 400×120 weight with 2,000-parameter cores)."""
+
+
+def _gram_scale(fn, like: torch.Tensor, probes: int = 8, seed: int = 0) -> float:
+    """Mean diagonal of AᵀA for the linear map A = ``fn``, i.e. ‖A‖_F² / numel(like), by Hutchinson probes."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn((probes, *like.shape), generator=g, dtype=like.dtype)
+    az = torch.func.vmap(lambda v: fn(v).reshape(-1))(z)
+    return float(az.pow(2).sum() / (probes * like.numel())) or 1.0
+
+
+def _cg_core(fn, start: torch.Tensor, target: torch.Tensor, damping: float, max_iter: int,
+             rtol: float = 1e-10) -> torch.Tensor:
+    """argmin_f ‖fn(f) − target‖² + damping·‖f‖² by conjugate gradients on the normal equations, from ``start``.
+
+    ``fn`` is linear (one core → the reconstruction, flattened to target's shape); AᵀA·v costs one forward and
+    one vector-Jacobian product, so no matrix of shape (numel(target), numel(start)) is ever built.
+    """
+    def normal(v: torch.Tensor) -> torch.Tensor:
+        out, vjp = torch.func.vjp(lambda f: fn(f).reshape(-1), v)
+        return vjp(out)[0] + damping * v
+
+    _, vjp_b = torch.func.vjp(lambda f: fn(f).reshape(-1), start)
+    rhs = vjp_b(target)[0]
+    x = start.clone()
+    r = rhs - normal(x)
+    p = r.clone()
+    rs = float((r * r).sum())
+    stop = (rtol * float(rhs.norm())) ** 2
+    for _ in range(max_iter):
+        if rs <= stop:
+            break
+        ap = normal(p)
+        alpha = rs / (float((p * ap).sum()) or 1e-300)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = float((r * r).sum())
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+    return x
+
+
 def als_fit(fmt: Format, x: torch.Tensor, ranks: tuple, t: tuple[int, ...], n_iter: int = 300,
             tol: float = 1e-13, seed: int = 0, restarts: int = 3, ridge: float = 1.0, decay: float = 0.8,
-            **_: object) -> list[torch.Tensor]:
+            solver: str = "auto", cg_iter: int = 50, **_: object) -> list[torch.Tensor]:
     """Fit the stored cores of any format by alternating least squares.
 
-    The reconstruction is linear in each core, so each step solves an exact least-squares problem (normal
-    equations assembled in column chunks). As in :func:`tr_als`, a Tikhonov term ``ridge · decay^sweep``
-    (relative to the Gram matrix's mean diagonal) steers ALS out of the swamps of ring-like topologies and
-    vanishes as the sweeps go on. Used for the mixed-t topologies that have no classical equivalent. Keeps the
-    best iterate of ``restarts`` random starts.
+    The reconstruction is linear in each core, so each step solves a least-squares problem. As in
+    :func:`tr_als`, a Tikhonov term ``ridge · decay^sweep`` (relative to the Gram matrix's mean diagonal) steers
+    ALS out of the swamps of ring-like topologies and vanishes as the sweeps go on. Used for the mixed-t
+    topologies that have no classical equivalent. Keeps the best iterate of ``restarts`` random starts.
+
+    solver: ``explicit`` assembles each core's normal equations (column chunks) and solves them exactly;
+    ``cg`` solves them matrix-free by at most ``cg_iter`` warm-started conjugate-gradient steps; ``auto``
+    (default) uses ``explicit`` while numel(x)·numel(core) ≤ :data:`EXPLICIT_MAX_ENTRIES`, else ``cg``.
     """
+    if solver not in ("auto", "explicit", "cg"):
+        raise ValueError(f"als_fit: solver must be 'auto', 'explicit' or 'cg', got {solver!r}")
     dtype = x.dtype
     xd = x.double()
     shape = tuple(x.shape)
@@ -219,6 +269,11 @@ def als_fit(fmt: Format, x: torch.Tensor, ranks: tuple, t: tuple[int, ...], n_it
                 def fn(f, k=k, fs=fs):
                     return fmt.reconstruct([*fs[:k], f, *fs[k + 1:]], shape, ranks, t)
 
+                use_cg = solver == "cg" or (solver == "auto" and target.numel() * fs[k].numel() > EXPLICIT_MAX_ENTRIES)
+                if use_cg:
+                    scale = _gram_scale(fn, fs[k], seed=seed + sweep)
+                    fs[k] = _cg_core(fn, fs[k], target, (lam + 1e-14) * scale, max_iter=min(cg_iter, fs[k].numel()))
+                    continue
                 a = linear_map_matrix(fn, fs[k])
                 ata = a.T @ a
                 scale = float(ata.diagonal().mean().abs()) or 1.0

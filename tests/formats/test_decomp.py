@@ -164,3 +164,41 @@ def test_fit_float32_input() -> None:
     assert out.factors[0].dtype == torch.float32
     assert rel_err(out.to_tensor(), x) < 1e-5
     assert get_format("stt").equivalence(out.shape, out.ranks, out.t) is None
+
+
+def test_als_matrix_free_solver_matches_explicit() -> None:
+    """The conjugate-gradient ALS step (used for large layers) reaches the explicit solver's fit on a chord."""
+    from stsearch.formats._decomp import als_fit
+
+    ref = make(("str", (2, 4, 4, 4), (4, 4, 8, 4), (4, 2, 4)), seed=7)
+    x = ref.to_tensor().double()
+    fmt = get_format("str")
+    errs = {}
+    for solver in ("explicit", "cg"):
+        fs = als_fit(fmt, x, ref.ranks, ref.t, solver=solver)
+        errs[solver] = rel_err(fmt.reconstruct(fs, x.shape, ref.ranks, ref.t), x)
+    assert errs["cg"] < 1e-6 and errs["explicit"] < 1e-6, errs
+
+
+def test_als_auto_solver_switches_to_cg_on_large_cores(monkeypatch) -> None:
+    from stsearch.formats import _decomp
+
+    calls = []
+    real = _decomp._cg_core
+    monkeypatch.setattr(_decomp, "_cg_core", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = make(("str", (4, 4, 4, 4), (4, 4, 4, 4), (2, 4, 2)), seed=7)
+    x = ref.to_tensor().double()
+    fmt = get_format("str")
+    _decomp.als_fit(fmt, x, ref.ranks, ref.t, n_iter=1, restarts=1)
+    assert calls == []  # small: explicit normal equations
+    monkeypatch.setattr(_decomp, "EXPLICIT_MAX_ENTRIES", 0)
+    _decomp.als_fit(fmt, x, ref.ranks, ref.t, n_iter=1, restarts=1)
+    assert len(calls) == len(ref.factors)
+
+
+def test_als_rejects_unknown_solver() -> None:
+    from stsearch.formats._decomp import als_fit
+
+    ref = make(("str", (4, 4, 4, 4), (4, 4, 4, 4), (2, 4, 2)), seed=7)
+    with pytest.raises(ValueError, match="solver.*'lu'"):
+        als_fit(get_format("str"), ref.to_tensor(), ref.ranks, ref.t, solver="lu")
