@@ -156,10 +156,14 @@ class Format(ABC):
         """Decompose ``x`` into this format's stored factors.
 
         With a classical equivalent: run the classical algorithm on it and map the factors back (same error).
-        Without one (mixed-t topologies): alternating least squares on the small cores.
+        Without one (mixed-t topologies), or with ``method="als"`` (a control that fits any format the same way
+        as the new topologies): alternating least squares on the small cores.
         """
         shape = tuple(x.shape)
-        eq = self.equivalence(shape, ranks, t)
+        method = kw.pop("method", "auto")
+        if method not in ("auto", "als"):
+            raise ValueError(f"{self.name}.decompose: method must be 'auto' or 'als', got {method!r}")
+        eq = None if method == "als" else self.equivalence(shape, ranks, t)
         if eq is not None:
             cls_fmt = get_format(eq.format)
             eq_factors = cls_fmt.decompose_classical(eq.relayout.apply(x), eq.ranks, **kw)

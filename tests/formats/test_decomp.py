@@ -202,3 +202,20 @@ def test_als_rejects_unknown_solver() -> None:
     ref = make(("str", (4, 4, 4, 4), (4, 4, 4, 4), (2, 4, 2)), seed=7)
     with pytest.raises(ValueError, match="solver.*'lu'"):
         als_fit(get_format("str"), ref.to_tensor(), ref.ranks, ref.t, solver="lu")
+
+
+def test_decompose_method_als_fits_a_classical_format(monkeypatch) -> None:
+    """method="als" bypasses TT-SVD (the control for the mixed-t ALS fits) and still recovers a TT tensor."""
+    from stsearch.formats import _decomp
+
+    calls = []
+    real = _decomp.als_fit
+    monkeypatch.setattr(_decomp, "als_fit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = make(("tt", (4, 6, 6), (3, 4), 1), seed=7)
+    x = ref.to_tensor()
+    out = stsearch.decompose(x, "tt", (3, 4), method="als")
+    assert calls == [1] and out.format == "tt" and rel_err(out.to_tensor(), x) < 1e-6
+    stsearch.decompose(x, "tt", (3, 4))
+    assert calls == [1]  # the default path is TT-SVD
+    with pytest.raises(ValueError, match="method.*'svd'"):
+        stsearch.decompose(x, "tt", (3, 4), method="svd")
