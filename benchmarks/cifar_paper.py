@@ -76,13 +76,30 @@ def plan_for(model: torch.nn.Module, fmt: str, r: int, t: int) -> dict[str, Any]
     return plan
 
 
+def control_plan(st_plan: dict[str, Any], classical: str, t: int) -> dict[str, Any]:
+    """The equal-parameter control of a uniform-t ST plan: the classical format, same shapes, every bond rank / t.
+
+    That is the classical equivalent of THEORY §4 (exactly, for STR; for STT up to the relaid tensorization), so
+    the pair has (about) the same parameter count even where a bond of the ST plan was lowered.
+    """
+    out = {}
+    for name, spec in st_plan.items():
+        rank = spec["rank"]
+        rank = [max(1, r // t) for r in rank] if isinstance(rank, list) else max(1, rank // t)
+        out[name] = {**spec, "format": classical, "rank": rank, "t": 1}
+    return out
+
+
 def rows_for(model: torch.nn.Module, ranks: list[int]) -> list[dict[str, Any]]:
+    """Per nominal rank r and family: classical(r), ST(r, 2) (equal rank) and the control of ST(r, 2)."""
     out = []
     for r in ranks:
         for cl, st in (("tt", "stt"), ("tr", "str")):
-            for fmt, rr, t, comp in ((cl, r, 1, "equal rank"), (st, r, 2, "equal rank"),
-                                     (cl, r // 2, 1, "equal params (control)")):
-                plan = plan_for(model, fmt, rr, t)
+            rows = [(cl, r, 1, "equal rank", plan_for(model, cl, r, 1)),
+                    (st, r, 2, "equal rank", plan_for(model, st, r, 2))]
+            if rows[1][4] is not None:
+                rows.append((cl, f"{r}/2", 1, "equal params (control)", control_plan(rows[1][4], cl, 2)))
+            for fmt, rr, t, comp, plan in rows:
                 if plan is None:
                     continue
                 out.append({"family": cl, "row": f"{fmt.upper()}(R={rr}, t={t})", "comparison": comp,

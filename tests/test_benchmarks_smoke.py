@@ -94,6 +94,39 @@ def test_cifar_paper_smoke(tmp_path: Path) -> None:
         assert math.isfinite(float(r["epoch_time_s"]))
 
 
+def test_resnet_transfer_smoke(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import resnet_transfer as rt
+    finally:
+        sys.path.remove(str(BENCH))
+    _run("resnet_transfer.py", tmp_path, "--ranks", "4", "8")  # r = 8's control TT(4)/TR(4) is r = 4's row
+    cols, rows = _csv(tmp_path / "rows.csv")
+    assert cols == rt.ROW_COLUMNS
+    assert len(rows) == 12 and {r["family"] for r in rows} == {"tt", "tr"}
+    assert {r["kind"] for r in rows} == {"classical", "≡ classical"}
+    for r in rows:
+        assert int(r["n_seeds"]) == 1 and 0.0 <= float(r["test_mean"]) <= 1.0
+        assert float(r["layer_compression_ratio"]) > 1 and float(r["epoch_time_s"]) > 0
+    shared = [r for r in rows if r["shared_with"]]
+    assert {r["row"] for r in shared} == {"TT(R=4, t=1)", "TR(R=4, t=1)", "TT(R=8/2, t=1)", "TR(R=8/2, t=1)"}
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 10  # 12 rows, 10 distinct plans
+    cols, prs = _csv(tmp_path / "pairs.csv")
+    assert cols == rt.PAIR_COLUMNS
+    eq_params = [p for p in prs if p["comparison"] == rt.EQUAL_PARAMS]
+    eq_rank = [p for p in prs if p["comparison"] == rt.EQUAL_RANK]
+    assert len(eq_params) == len(eq_rank) == 4
+    for p in eq_params:  # ST(r, 2) vs classical(r/2): about the same parameter count
+        assert 0.8 <= float(p["param_ratio"]) <= 1.25, p
+    for p in eq_rank:  # at equal rank ST stores fewer numbers
+        assert float(p["param_ratio"]) < 0.8, p
+    md = (tmp_path / "tables.md").read_text()
+    assert rt.EQUAL_PARAMS[1:] in md and rt.EQUAL_RANK[1:] in md
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["smoke"] is True and "SYNTHETIC" in summary["data"] and summary["wall_time_s"] > 0
+    assert summary["n_runs"] == 10 and len(summary["runs_shared"]) == 2
+
+
 @pytest.mark.parametrize("d,expected,flag", [(0.5, 10.0, ""), (5.0, 40.0, "ge"), (0.1, math.nan, "none")])
 def test_cr_at_drop_rule(d: float, expected: float, flag: str) -> None:
     sys.path.insert(0, str(BENCH))
