@@ -88,14 +88,17 @@ SHAPES: dict[str, dict[str, dict[str, list[int]]]] = {
     "tucker": {"fc1": {}, "fc2": {}, "conv2": {}},
 }
 FAMILIES: dict[str, dict[str, Any]] = {
-    "tucker": {"classical": "tucker", "st": "sttu", "ranks": (2, 4, 8), "t4": False,
+    "tucker": {"classical": "tucker", "st": "sttu", "ranks": (2, 4, 8, 12), "t4": False,
                "mixed": {"fc1": [4, 2], "fc2": [4, 2], "conv2": [4, 2]}},
-    "tt": {"classical": "tt", "st": "stt", "ranks": (4, 8, 16), "t4": True,
+    "tt": {"classical": "tt", "st": "stt", "ranks": (4, 8, 12, 16), "t4": True, "als_control": True,
            "mixed": {"fc1": [2, 4, 1], "fc2": [2, 4, 1], "conv2": [2, 2]}},
-    "tr": {"classical": "tr", "st": "str", "ranks": (2, 4, 8), "t4": True,
+    "tr": {"classical": "tr", "st": "str", "ranks": (2, 4, 6, 8), "t4": True,
            "mixed": {"fc1": [2, 4, 2], "fc2": [2, 4, 2], "conv2": [2, 4, 2, 2]}},
 }
 SMOKE_FAMILIES = {k: dict(v, ranks=v["ranks"][:2], t4=False) for k, v in FAMILIES.items()}
+ALS_FIT = "classical (ALS fit)"
+"""The control row of the mixed-t STT lead: classical TT at the same rank, its decomposed start fitted by the same
+generic ALS (same sweep budget, random start) as the new topologies instead of by TT-SVD. ``init=decompose`` only."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -201,6 +204,8 @@ def build_grid(model: torch.nn.Module, families: dict[str, dict[str, Any]]) -> l
                 rr, plan = got
                 tl = "/".join(f"{k}:{tuple(v)}" for k, v in mixed.items())
                 variants.append(("mixed t", f"{cfg['st'].upper()}(R={rr}, t={tl})", plan, rr, mixed))
+            if cfg.get("als_control"):
+                variants.append((ALS_FIT, f"{cfg['classical'].upper()}(r={r}), ALS fit", cplan, r, 1))
             for variant, label, plan, rr, t in variants:
                 est = estimate(model, plan)
                 rows.append({"family": fam, "budget": b, "classical_rank": r, "variant": variant, "label": label,
@@ -222,23 +227,31 @@ class _Setup:
     def __call__(self) -> dict[str, Any]:
         ds, desc = fashion_or_synthetic(self.smoke)
         base, info = dense_baseline(MODEL, {}, ds, self.baseline_recipe, self.cache)
-        return {"ds": ds, "base": base, "info": info, "desc": desc, "cache": {}}
+        return {"ds": ds, "base": base, "info": info, "desc": desc, "cache": {}, "cache_als": {}}
 
 
 def _job(state: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    cache = state["cache_als" if job.get("variant") == ALS_FIT else "cache"]  # filled by predecompose
     return train_plan(state["base"], state["ds"], job["plan"], job["init"], job["seed"], job["recipe"],
-                      INPUT_SHAPE, cache=state["cache"])
+                      INPUT_SHAPE, cache=cache)
 
 
 def predecompose(state: dict[str, Any], grid: list[dict[str, Any]], log: Any = print) -> None:
     """Decompose every ``init=decompose`` row once (torch seed 0) into the shared cache before the workers
     fork, so all seeds of a row start from the same decomposition and no worker repeats a slow ALS fit."""
+    import stsearch.surgery as surgery
     from stsearch import compress
 
+    budget = surgery.DECOMPOSE_BUDGET
     for g in grid:
         t0 = time.perf_counter()
         torch.manual_seed(0)
-        compress(state["base"], g["plan"], init="decompose", cache=state["cache"])
+        als = g["variant"] == ALS_FIT
+        surgery.DECOMPOSE_BUDGET = {**budget, "method": "als"} if als else budget
+        try:
+            compress(state["base"], g["plan"], init="decompose", cache=state["cache_als" if als else "cache"])
+        finally:
+            surgery.DECOMPOSE_BUDGET = budget
         dt = time.perf_counter() - t0
         g["decompose_time_s"] = dt
         if dt > 5:
@@ -292,7 +305,7 @@ def cr_table(rows: list[dict[str, Any]], base_val: float, base_test: float) -> l
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in fr:
             groups.setdefault(series_of(r), []).append(r)
-        groups["all ST rows"] = [r for r in fr if r["variant"] != "classical"]
+        groups["all ST rows"] = [r for r in fr if not r["variant"].startswith("classical")]
         groups["all rows"] = fr
         for name, pts in groups.items():
             if not pts:
@@ -385,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dense baseline: val {state['info']['val_accuracy']:.4f} test {state['info']['test_accuracy']:.4f}")
 
     def runs_init(g: dict[str, Any], init: str) -> bool:
+        if g["variant"] == ALS_FIT:
+            return init == "decompose"
         return not (init == "decompose" and g["kind"] == "new topology" and g["budget"] > als_max)
 
     skipped = [f"{g['id']}|decompose" for g in grid if not runs_init(g, "decompose") and "decompose" in inits]
@@ -392,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         predecompose(state, [g for g in grid if runs_init(g, "decompose")])
     # Seed-major order: every row gets its first seed before any row gets a second one.
     jobs = [{"id": f"{g['id']}|{init}|s{s}", "row": g["id"], "init": init, "seed": s, "plan": g["plan"],
+             "variant": g["variant"],
              "recipe": recipe} for s in seeds for init in inits for g in grid if runs_init(g, init)]
     if a.aggregate_only:
         ids = {j["id"] for j in jobs}
