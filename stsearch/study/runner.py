@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
 import signal
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,25 +18,10 @@ from .early_stop import EarlyStopping
 from .engine import Objective, SearchContext, directions, fail_dead_trials, finished_count, remaining_trials
 from .rundir import RunDir, resolve_storage
 
-TPE_DEFAULTS = {"multivariate": True, "group": True, "constant_liar": True}
-"""Our spaces are conditional (parameters named per format), which TPE models best with ``group=True``;
-``constant_liar`` keeps parallel workers from sampling the same point. A space's sampler options override."""
-
 
 def make_sampler(space: Any, seed: int | None = None) -> Any:
-    """The Optuna sampler the space names (``tpe`` default, ``nsga2``, ``random``) with its options."""
-    import optuna
-
-    cfg = space.sampler
-    seed = space.sampler_seed if seed is None else seed
-    options = dict(cfg.options)
-    if cfg.name == "tpe":
-        options = {**TPE_DEFAULTS, **options}
-        if not options.get("multivariate"):
-            options.pop("group", None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return dataclasses.replace(cfg, options=options, seed=seed).build(seed)  # ``seed`` wins over the space's
+    """The Optuna sampler the space names, with our defaults (:meth:`SearchSpace.make_sampler`); ``seed`` wins."""
+    return space.make_sampler(seed)
 
 
 def derived_seed(space: Any, n: int) -> int:

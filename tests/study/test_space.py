@@ -372,3 +372,20 @@ def test_random_mutations_of_a_valid_space_raise_only_config_error(path: str, va
         return
     assert load_space(sp.to_dict()) == sp
     assert load_space(yaml.safe_load(sp.to_yaml())) == sp
+
+
+def test_nsga2_population_is_sized_to_the_budget() -> None:
+    """Optuna's default population (50) would leave a 40-trial NSGA-II search in its random first generation."""
+    sp = load_space("digits_cnn").with_overrides(sampler="nsga2", trials=40)
+    assert sp.make_sampler()._population_size == 10
+    assert sp.with_overrides(trials=8).make_sampler()._population_size == 8  # at least 8
+    assert sp.with_overrides(trials=1000).make_sampler()._population_size == 50  # at most Optuna's default
+    set_ = sp.with_overrides(sampler={"name": "nsga2", "population_size": 6})
+    assert set_.make_sampler()._population_size == 6  # a population the space sets wins
+
+
+def test_make_sampler_applies_tpe_defaults_and_seed() -> None:
+    sp = load_space("digits_cnn")
+    s = sp.make_sampler(seed=3)
+    assert s._multivariate and s._group and s._rng.rng.randint(0, 10**9) == \
+        type(s)(seed=3)._rng.rng.randint(0, 10**9)
