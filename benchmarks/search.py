@@ -6,6 +6,12 @@ training time each of those saved (estimated from the mean cost of a trained tri
     .venv/bin/python benchmarks/search.py                      # digits_cnn.yaml, 40 trials x 5 seeds x 3 samplers
     .venv/bin/python benchmarks/search.py --trials 20 --seeds 3
     .venv/bin/python benchmarks/search.py --smoke              # seconds: 3 trials x 1 seed, 1-epoch recipe
+    # a harder problem on a budget: fashion_lenet5.yaml on a 5k-image training subset, one t per layer
+    .venv/bin/python benchmarks/search.py --space fashion_lenet5 --subset 5000 --epochs 2 --uniform-t --seeds 3
+
+``--subset N`` writes a stratified subset of N images of the space's *training* split (plus its test split,
+which the search never reads) to ``OUT/subset-N.npz`` and searches on ``npz:`` that file; the search then holds
+out its usual validation fraction of those N images.
 """
 
 from __future__ import annotations
@@ -51,6 +57,22 @@ def run_one(space, sampler: str, seed: int, trials: int, runs: Path) -> dict:
     }
 
 
+def subset_npz(space, n: int, out: Path) -> str:
+    """Write a stratified subset of n training images of the space's dataset to an npz file; return its spec."""
+    import numpy as np
+
+    from stsearch import data as st_data
+
+    ds = space.dataset
+    full = st_data.load(ds.name, data_root=ds.data_root, download=ds.download, val_fraction=0.0, seed=0)
+    tr = full.train.subset(n, seed=0)
+    x_tr, y_tr = tr.tensors(normalized=False)
+    x_te, y_te = full.test.tensors(normalized=False)
+    path = out / f"subset-{n}.npz"
+    np.savez(path, x_train=x_tr.numpy(), y_train=y_tr.numpy(), x_test=x_te.numpy(), y_test=y_te.numpy())
+    return f"npz:{path}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space", default="digits_cnn")
@@ -58,6 +80,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--samplers", default="tpe,nsga2,random")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--subset", type=int, default=None, help="search on N training images (see above)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the space's trial recipe epochs")
+    ap.add_argument("--init", choices=["decompose", "random"], default=None, help="override the space's init")
+    ap.add_argument("--uniform-t", action="store_true",
+                    help="one t per layer (mixed: false in every group): no generic-ALS fits of new topologies")
     ap.add_argument("--out", type=Path, default=None, help="runs directory (default: a temporary one)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -68,6 +95,18 @@ def main() -> None:
                             "baseline": {**space.baseline, "epochs": 5}}, name=space.name)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     runs = a.out or Path(tempfile.mkdtemp(prefix="stsearch-bench-"))
+    runs.mkdir(parents=True, exist_ok=True)
+    over: dict = {}
+    if a.subset:
+        over["dataset"] = subset_npz(space, a.subset, runs)
+    if a.epochs:
+        over["recipe"] = {**space.recipe, "epochs": a.epochs}
+    if a.init:
+        over["init"] = a.init
+    if a.uniform_t:
+        over["layers"] = [{**g, "t": {**g["t"], "mixed": False}} for g in space.to_dict()["layers"]]
+    if over:
+        space = load_space({**space.to_dict(), **over}, name=space.name)
     rows = [run_one(space, s, seed, a.trials, runs) for seed in range(a.seeds) for s in a.samplers.split(",")]
     upper = max(2.0, max(r["max_log10_cr"] for r in rows))  # one box for every run
     for r in rows:
