@@ -449,9 +449,16 @@ class SearchSpace:
 # Loading
 # --------------------------------------------------------------------------------------------------------------
 def _repo_spaces_dir() -> Path:
+    """The shipped spaces: the repository's ``search_spaces/`` (source or editable install), else the copy a
+    wheel installs as data files under ``<prefix>/share/stsearch/search_spaces``."""
+    import sys
+
     import stsearch
 
-    return Path(stsearch.__file__).resolve().parents[1] / "search_spaces"
+    repo = Path(stsearch.__file__).resolve().parents[1] / "search_spaces"
+    if repo.is_dir():
+        return repo
+    return Path(sys.prefix) / "share" / "stsearch" / "search_spaces"
 
 
 def _space_dirs() -> list[Path]:
@@ -464,7 +471,7 @@ def _space_dirs() -> list[Path]:
 
 
 def default_space_path() -> Path:
-    """Path of the embedded default space, ``search_spaces/digits_cnn.yaml`` (the repository's copy)."""
+    """Path of the embedded default space, ``search_spaces/digits_cnn.yaml`` (the shipped copy)."""
     return _repo_spaces_dir() / "digits_cnn.yaml"
 
 

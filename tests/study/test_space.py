@@ -389,3 +389,22 @@ def test_make_sampler_applies_tpe_defaults_and_seed() -> None:
     s = sp.make_sampler(seed=3)
     assert s._multivariate and s._group and s._rng.rng.randint(0, 10**9) == \
         type(s)(seed=3)._rng.rng.randint(0, 10**9)
+
+
+def test_installed_wheel_finds_the_shipped_spaces(tmp_path, monkeypatch) -> None:
+    """Outside a source checkout the spaces come from the wheel's data files, <prefix>/share/stsearch/."""
+    import shutil
+    import sys
+
+    import stsearch
+    from stsearch.study.space import default_space_path, shipped_spaces
+
+    share = tmp_path / "prefix" / "share" / "stsearch" / "search_spaces"
+    share.mkdir(parents=True)
+    shutil.copy(default_space_path(), share / "digits_cnn.yaml")
+    monkeypatch.setattr(stsearch, "__file__", str(tmp_path / "site" / "stsearch" / "__init__.py"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    monkeypatch.chdir(tmp_path)
+    assert default_space_path() == share / "digits_cnn.yaml"
+    assert shipped_spaces() == {"digits_cnn": share / "digits_cnn.yaml"}
+    assert load_space("digits_cnn").name == "digits_cnn"
