@@ -283,6 +283,22 @@ def _n_t(fmt: Format, shape: Shape) -> int:
 _REGISTRY: dict[str, Format] = {}
 
 
+def balance_factors(factors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Rescale factors to equal Frobenius norms without changing the tensor they represent.
+
+    Every format here reconstructs a tensor that is linear in each factor (each appears once in the contraction),
+    so multiplying factor k by c_k with ∏ c_k = 1 is a gauge change. Decompositions can leave the scale spread
+    very unevenly (a TR-ALS fit of a 10×128 weight: core norms 0.07 to 244); SGD then takes steps on the small
+    cores that are huge relative to them, and training diverges. Balancing removes that. Factors with a zero
+    norm are left as they are (nothing to balance).
+    """
+    norms = [float(f.norm()) for f in factors]
+    if not factors or min(norms) <= 0.0 or not all(math.isfinite(n) for n in norms):
+        return list(factors)
+    target = math.exp(sum(math.log(n) for n in norms) / len(norms))
+    return [f * (target / n) for f, n in zip(factors, norms)]
+
+
 def register(fmt: Format) -> Format:
     _REGISTRY[fmt.name] = fmt
     return fmt

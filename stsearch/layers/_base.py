@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError, StsearchError
+from ..formats.base import balance_factors
 from ._forward import factorized_flops, reconstructed_flops
 from ._layout import LayerLayout
 
@@ -114,7 +115,7 @@ class FactorizedLayer(nn.Module):
         with torch.no_grad():
             x = lay.kernel_to_tensor(w.detach())
             fs = lay.format.decompose(x, lay.ranks, lay.t, **(decompose_kwargs or {}))
-            for p, f in zip(self.factors, fs):
+            for p, f in zip(self.factors, balance_factors(fs)):  # equal scales: SGD-friendly, same weight
                 p.copy_(f)
             if b is not None and self.bias is not None:
                 self.bias.copy_(b.detach())

@@ -121,3 +121,19 @@ def test_format_of_fewer_modes_than_allowed() -> None:
     for fmt in ("tt", "tr", "stt", "str"):
         with pytest.raises(ValueError, match=rf"{fmt}: shape=\[5\] must have at least 2 positive dimensions"):
             stsearch.random_tensor((5,), fmt, 1)
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[case_id(c) for c in ALL_CASES])
+def test_balance_factors_is_a_gauge_change(case) -> None:
+    """Equal factor norms afterwards, the same tensor (every format is linear in each factor)."""
+    from stsearch.formats.base import balance_factors
+
+    ref = make(case, seed=3)
+    skew = [f * 10.0 ** (k - 1) for k, f in enumerate(ref.factors)]  # scales 0.1, 1, 10, ...
+    fmt = get_format(ref.format)
+    x = fmt.reconstruct(skew, ref.shape, ref.ranks, ref.t)
+    out = balance_factors(skew)
+    norms = torch.tensor([float(f.norm()) for f in out])
+    assert torch.allclose(norms, norms[0].expand_as(norms), rtol=1e-5)
+    got = fmt.reconstruct(out, ref.shape, ref.ranks, ref.t)
+    assert torch.allclose(got, x, rtol=1e-4, atol=1e-6 * float(x.abs().max()))

@@ -197,3 +197,20 @@ def test_tt_merged_order_is_used_for_unbalanced_pairs():
     assert _forward.tt_conv_order(layer.layout, 128, (8, 8)) == "merged"
     layer = FactorizedConv2d(64, 64, 3, padding=1, fmt="tt", rank=(3, 7))  # merged: 2.6× the FLOPs
     assert _forward.tt_conv_order(layer.layout, 128, (8, 8)) == "spatial_first"
+
+
+def test_from_dense_balances_the_decomposed_factors() -> None:
+    """A TR-ALS fit spreads the scale unevenly over the cores (norms 0.07 to 244 on a digits fc layer, and SGD
+    diverged); from_dense stores the same weight with equal core norms."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 10)
+    with torch.no_grad():
+        lin.weight.mul_(torch.linspace(0.01, 100, 128))  # badly scaled columns
+    layer = FactorizedLinear.from_dense(lin, fmt="tr", rank=5, in_shape=[4, 4, 8], out_shape=[10])
+    norms = torch.tensor([float(f.detach().norm()) for f in layer.factors])
+    assert torch.allclose(norms, norms[0].expand_as(norms), rtol=1e-4)
+    lay = layer.layout  # the weight is the format's reconstruction of its own (unbalanced) decomposition
+    fs = lay.format.decompose(lay.kernel_to_tensor(lin.weight.detach()), lay.ranks, lay.t)
+    expect = lay.format.reconstruct(fs, lay.tensor_shape, lay.ranks, lay.t)
+    got = lay.format.reconstruct([f.detach() for f in layer.factors], lay.tensor_shape, lay.ranks, lay.t)
+    assert torch.allclose(got, expect, rtol=1e-4, atol=1e-5 * float(expect.abs().max()))
