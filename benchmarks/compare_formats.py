@@ -246,7 +246,7 @@ def predecompose(state: dict[str, Any], grid: list[dict[str, Any]], log: Any = p
     for g in grid:
         t0 = time.perf_counter()
         torch.manual_seed(0)
-        als = g["variant"] == ALS_FIT
+        als = g.get("variant") == ALS_FIT
         surgery.DECOMPOSE_BUDGET = {**budget, "method": "als"} if als else budget
         try:
             compress(state["base"], g["plan"], init="decompose", cache=state["cache_als" if als else "cache"])
