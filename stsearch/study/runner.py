@@ -184,7 +184,7 @@ def check_timeout(timeout: Any) -> None:
 
 
 class _Interrupt:
-    """SIGINT (Ctrl-C) handling of the local optimize loop.
+    """SIGINT (Ctrl-C) and SIGTERM handling of the local optimize loop (both alike).
 
     During a trial's objective, Ctrl-C raises KeyboardInterrupt at once (the trial is recorded as failed). While
     Optuna creates or records a trial, it is deferred until that step is done, then the loop stops: otherwise the
@@ -208,16 +208,21 @@ class _Interrupt:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """Install the handler (main thread only, and only over Python's default SIGINT handler)."""
-        if (threading.current_thread() is not threading.main_thread()
-                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        """Install the handler for SIGINT and SIGTERM (what ``kill``, SLURM, Kubernetes and ``docker stop`` send),
+        in the main thread only, and only over the default handlers (an application's own handler wins)."""
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
-        old = signal.signal(signal.SIGINT, self)
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        old = {sig: signal.getsignal(sig) for sig in defaults}
+        mine = [sig for sig, h in defaults.items() if old[sig] is h]
+        for sig in mine:
+            signal.signal(sig, self)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, old)
+            for sig in mine:
+                signal.signal(sig, old[sig])
 
 
 class _Guarded:

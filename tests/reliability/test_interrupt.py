@@ -75,14 +75,18 @@ def _check_resumed(run_dir: Path, before: dict, n: int = N) -> list[optuna.trial
     return after
 
 
-def test_sigint_during_training_fails_the_trial_keeps_the_rest_and_resumes(runs: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_training_fails_the_trial_keeps_the_rest_and_resumes(runs: Path, tmp_path: Path,
+                                                                           sig: signal.Signals) -> None:
+    """Ctrl-C, and SIGTERM (kill, SLURM, Kubernetes, docker stop), fail the trial in training with its reason."""
     space = write_space(tmp_path / "space.yaml", SLOW)
-    run_dir = runs / "sigint"
-    with popen(_search(space, runs, "sigint", "--quiet")) as proc:
+    name = sig.name.lower()
+    run_dir = runs / name
+    with popen(_search(space, runs, name, "--quiet")) as proc:
         victim = wait_for(lambda: _training_trial(run_dir, proc.pid, finished=2), timeout=240, proc=proc,
                           what="a trial in training after 2 finished ones")
         before = snapshot(run_dir, trials(run_dir))
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
     assert stderr_lines(err) == [INTERRUPTED] and "Traceback" not in err + out
@@ -94,9 +98,9 @@ def test_sigint_during_training_fails_the_trial_keeps_the_rest_and_resumes(runs:
     assert not by_state(list(ts.values()), TrialState.RUNNING, TrialState.WAITING)
     assert lost(before, snapshot(run_dir, list(ts.values()))) == []
 
-    _resume(space, runs, "sigint", "--quiet")
+    _resume(space, runs, name, "--quiet")
     after = _check_resumed(run_dir, before)
-    record(fault="SIGINT during training (external signal)", finished_before=len(before),
+    record(fault=f"{sig.name} during training (external signal)", finished_before=len(before),
            trials_lost=len(lost(before, snapshot(run_dir, after))), interrupted_trial=cut.number,
            outcome="FAIL: " + cut.user_attrs["reason"], exit_code=130, resumed_to=len(after))
 
