@@ -70,8 +70,15 @@ def python_cmd(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def sigint_default() -> None:
+    """``preexec_fn``: SIGINT back to its default in the child. A shell starts background jobs (``cmd &``,
+    ``nohup``) with SIGINT ignored and children inherit that; the tests send Ctrl-C as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(cmd: Sequence[str], timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=env(), cwd=cwd)
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=env(), cwd=cwd,
+                          preexec_fn=sigint_default)
 
 
 def storage(run_dir: Path) -> optuna.storages.RDBStorage:
@@ -126,7 +133,8 @@ def wait_for(cond: Callable[[], Any], *, timeout: float, what: str, proc: subpro
 @contextlib.contextmanager
 def popen(cmd: Sequence[str]) -> Iterator[subprocess.Popen[str]]:
     """A subprocess that is killed (never left behind) when the test fails."""
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                            preexec_fn=sigint_default)
     try:
         yield proc
     finally:

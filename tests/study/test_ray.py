@@ -47,6 +47,11 @@ BASE: dict[str, Any] = {
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+
+def sigint_default() -> None:
+    """``preexec_fn``: SIGINT back to its default in the child (a background shell job inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 def install_faults() -> None:
     """Ray worker setup hook: make ``fit`` raise or kill its process for the trial numbers in the faults file."""
     path = os.environ.get(FAULTS_ENV)
@@ -224,7 +229,8 @@ def _env() -> dict[str, str]:
 
 def _run_until(cmd: list[str], run: Path, sig: int, complete: int, timeout: float = 300.0) -> tuple[int, str]:
     """Start ``cmd``; once the study has ``complete`` complete trials send ``sig``; (exit code, output)."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=sigint_default)  # SIGINT not ignored even when the suite runs in background
     seen: set[int] = set()
     try:
         end = time.monotonic() + timeout
