@@ -336,6 +336,14 @@ def run_pool(jobs: list[dict[str, Any]], fn: Callable[[Any, dict], dict], state:
 # ----------------------------------------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------------------------------------
+def write_tables(out: Path, lines: Sequence[str], wall: float) -> None:
+    """Write ``OUT/tables.md`` (the markdown lines), print it, and say where the outputs went and how long it took."""
+    text = "\n".join(lines)
+    (out / "tables.md").write_text(text + "\n")
+    print(text)
+    print(f"wrote {out} ({wall:.0f} s)")
+
+
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     import csv
 

@@ -62,6 +62,7 @@ from _evidence import (
     train_plan,
     valid_layout,
     write_csv,
+    write_tables,
 )
 
 from stsearch import models
@@ -452,9 +453,7 @@ def main(argv: list[str] | None = None) -> int:
           md_table(display_rows(rows), cols), "", "CR at a drop of d points (layer CR / whole-model CR):", "",
           md_table(crs, [(c, c) for c in DROP_COLUMNS]), "", "Equal rank (the paper's comparison):", "",
           md_table(eqr, [(c, c) for c in EQUAL_RANK_COLUMNS])]
-    (out / "tables.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"wrote {out} ({wall:.0f} s)")
+    write_tables(out, md, wall)
     return 0
 
 

@@ -55,6 +55,7 @@ from _evidence import (
     run_pool,
     train_plan,
     write_csv,
+    write_tables,
 )
 from cifar_paper import rows_for, stage_convs
 from compare_formats import predecompose
@@ -319,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
           f"({base_recipe['epochs']} epoch(s)).",
           f"Recipe: {recipe}; inits {a.inits}; seeds {seeds}; {len(runs)} run(s) for {len(rows) * len(a.inits)} "
           f"row(s); wall time {wall / 60:.1f} min.", "", *tables(agg, prs)]
-    (out / "tables.md").write_text("\n".join(md) + "\n")
     summary = {"data": state["desc"], "smoke": a.smoke, "model": MODEL, "width": width,
                "train_subset": None if a.smoke else a.train_subset, "layers": stage_convs(state["base"]),
                "baseline": info, "baseline_recipe": base_recipe, "recipe": recipe, "epochs": epochs, "seeds": seeds,
@@ -329,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                "decompose_time_s": {g["id"]: g.get("decompose_time_s") for g in plans},
                "rows": [{k: v for k, v in r.items() if k != "_seeds"} for r in agg], "pairs": prs}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print("\n".join(md))
-    print(f"wrote {out} ({wall:.0f} s)")
+    write_tables(out, md, wall)
     return 0
 
 

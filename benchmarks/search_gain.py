@@ -52,6 +52,7 @@ from _evidence import (
     plot_family,
     train_plan,
     write_csv,
+    write_tables,
 )
 from compare_formats import BASELINE_RECIPE, INPUT_SHAPE, MODEL, RECIPE, make_plan
 
@@ -320,9 +321,7 @@ def main(argv: list[str] | None = None) -> int:
           "", md_table(rows, [(k, k) for k in SUMMARY_COLUMNS]), "",
           md_table([{"what": k, "value": (f"{v:.3f}" if isinstance(v, float) else v)} for k, v in savings.items()],
                    [("what", "what"), ("value", "value")])]
-    (out / "tables.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"wrote {out} ({wall:.0f} s)")
+    write_tables(out, md, wall)
     return 0
 
 

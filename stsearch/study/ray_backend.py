@@ -523,9 +523,7 @@ class ReplaySampler(optuna.samplers.BaseSampler):
     """
 
     def __init__(self, space: Any) -> None:
-        from .runner import make_sampler
-
-        self._real = make_sampler(space)
+        self._real = space.make_sampler()
 
     def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
         return {}

@@ -19,11 +19,6 @@ from .engine import Objective, SearchContext, directions, fail_dead_trials, fini
 from .rundir import RunDir, resolve_storage
 
 
-def make_sampler(space: Any, seed: int | None = None) -> Any:
-    """The Optuna sampler the space names, with our defaults (:meth:`SearchSpace.make_sampler`); ``seed`` wins."""
-    return space.make_sampler(seed)
-
-
 def derived_seed(space: Any, n: int) -> int:
     """The sampler seed for a worker whose next trial is number ``n``: the space's seed for ``n == 0``, else a
     hash of (seed, n). A seeded sampler restarted on a study that already has trials (a resume), or sharing it
@@ -101,7 +96,7 @@ def open_study(space: Any, run: RunDir, storage: str | None, seed: int | None = 
     if storage is not None:
         _io.write_json(run.storage_file, {"storage": storage})
     study = optuna.create_study(study_name=run.name, storage=store, directions=directions(space),
-                                sampler=make_sampler(space, seed), load_if_exists=True)
+                                sampler=space.make_sampler(seed), load_if_exists=True)
     fp = _space_fingerprint(space)
     old = study.user_attrs.get("space_fingerprint")
     if old is None:
@@ -113,7 +108,7 @@ def open_study(space: Any, run: RunDir, storage: str | None, seed: int | None = 
                        f"(fingerprint {old} ≠ {fp}); use another --study name or the original space")
     n = len(study.get_trials(deepcopy=False))
     if n:  # resuming: go on from where the study is instead of replaying the seed's first samples
-        study.sampler = make_sampler(space, derived_seed(space, n))
+        study.sampler = space.make_sampler(derived_seed(space, n))
     return study
 
 
@@ -246,7 +241,7 @@ class _Guarded:
                 trial.set_user_attr("reason", reason)
             raise KeyboardInterrupt(reason)
         if trial.number != self.expected:
-            trial.study.sampler = make_sampler(self.space, derived_seed(self.space, trial.number))
+            trial.study.sampler = self.space.make_sampler(derived_seed(self.space, trial.number))
         self.expected = trial.number + 1
         self.guard.inside = True
         try:
@@ -272,7 +267,7 @@ def run_local(study: Any, ctx: SearchContext, *, n_trials: int, timeout: float |
         callbacks.append(bar)
     guard = _Interrupt(study)
     expected = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(ctx.space, derived_seed(ctx.space, expected))
+    study.sampler = ctx.space.make_sampler(derived_seed(ctx.space, expected))
     objective = _Guarded(Objective(ctx), guard, ctx.space, expected=expected)
     try:
         with guard.installed():

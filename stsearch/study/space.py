@@ -266,7 +266,8 @@ class SamplerSpec:
 
     @property
     def population_size(self) -> int:
-        """NSGA-II's population size as set (50, Optuna's, if not; the runner sizes an unset one to the budget)."""
+        """NSGA-II's population size as set (50, Optuna's, if not; :meth:`SearchSpace.make_sampler` sizes an unset
+        one to the trial budget)."""
         return int(self.options.get("population_size", 50))
 
     def build(self, default_seed: int | None = None) -> Any:

@@ -26,6 +26,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from tests._proc import sigint_default
+
 BASELINE: dict[str, Any] = {"epochs": 2, "lr": 0.05, "batch_size": 64}
 LAYERS: list[dict[str, Any]] = [{"match": ["conv2", "conv3", "fc"], "formats": ["tucker", "tt", "stt", "tr", "str"],
                                  "rank": {"min": 2, "max": 6}, "t": [1, 2]}]
@@ -68,12 +70,6 @@ def env() -> dict[str, str]:
 
 def python_cmd(code: str) -> list[str]:
     return [sys.executable, "-c", code]
-
-
-def sigint_default() -> None:
-    """``preexec_fn``: SIGINT back to its default in the child. A shell starts background jobs (``cmd &``,
-    ``nohup``) with SIGINT ignored and children inherit that; the tests send Ctrl-C as a terminal would."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(cmd: Sequence[str], timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,27 +12,11 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from tests._proc import descendants
+
 from ._common import FAST, popen, record, stderr_lines, stsearch_cmd, trials, write_space
 
 pytest.importorskip("ray")
-
-
-def _descendants(pid: int) -> set[int]:
-    parent: dict[int, int] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                parent[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    out, todo = set(), [pid]
-    while todo:
-        cur = todo.pop()
-        for child, ppid in parent.items():
-            if ppid == cur and child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
 
 
 @pytest.mark.slow
@@ -44,7 +28,7 @@ def test_every_trial_diverging_under_ray_is_recorded_and_one_line(runs: Path, tm
     with popen(cmd) as proc:
         end = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < end:
-            seen |= _descendants(proc.pid)
+            seen |= descendants(proc.pid)
             time.sleep(0.5)
         out, err = proc.communicate(timeout=60)
     deadline = time.monotonic() + 30  # Ray's own processes exit after the driver

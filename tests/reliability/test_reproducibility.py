@@ -15,7 +15,6 @@ from optuna.trial import TrialState
 import stsearch
 from stsearch import models, search
 from stsearch.pareto import front
-from stsearch.study.runner import make_sampler
 from stsearch.study.sampling import suggest_plan
 from stsearch.study.space import load_space
 
@@ -57,7 +56,7 @@ def test_another_seed_samples_other_plans() -> None:
     ctx = SimpleNamespace(space=sp, baseline_model=models.create("digits_cnn"))
 
     def plans(seed: int) -> list[dict]:
-        study = optuna.create_study(directions=sp.directions, sampler=make_sampler(sp, seed))
+        study = optuna.create_study(directions=sp.directions, sampler=sp.make_sampler(seed))
         out = []
         for _ in range(3):
             trial = study.ask()

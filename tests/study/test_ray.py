@@ -30,6 +30,7 @@ import stsearch
 from stsearch import search
 from stsearch.cli import main
 from stsearch.pareto import front
+from tests._proc import descendants, sigint_default
 
 ray = pytest.importorskip("ray")
 
@@ -47,10 +48,6 @@ BASE: dict[str, Any] = {
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-
-def sigint_default() -> None:
-    """``preexec_fn``: SIGINT back to its default in the child (a background shell job inherits it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 def install_faults() -> None:
     """Ray worker setup hook: make ``fit`` raise or kill its process for the trial numbers in the faults file."""
@@ -178,26 +175,6 @@ def test_failed_and_killed_trials_are_recorded_and_the_search_resumes(runs: Path
 
 
 # ------------------------------------------------------------------------------------------ kill and resume
-def _children(pid: int) -> set[int]:
-    """Every live descendant of ``pid`` (from /proc)."""
-    parent: dict[int, int] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                stat = (p / "stat").read_text()
-            except OSError:
-                continue
-            parent[int(p.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    out, todo = set(), [pid]
-    while todo:
-        cur = todo.pop()
-        for child, ppid in parent.items():
-            if ppid == cur and child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -235,14 +212,14 @@ def _run_until(cmd: list[str], run: Path, sig: int, complete: int, timeout: floa
     try:
         end = time.monotonic() + timeout
         while time.monotonic() < end and proc.poll() is None:
-            seen |= _children(proc.pid)
+            seen |= descendants(proc.pid)
             if (run / "trials").is_dir():
                 # The trial files, not study.db: under load, reads of the busy SQLite file can fail for longer
                 # than the whole search takes (seen on a loaded 2-core VM: the signal never went out).
                 # One more than asked: a trial's files are written just before the driver records it complete.
                 n = sum(_complete(p) for p in (run / "trials").glob("*/metrics.json"))
                 if n > complete:
-                    seen |= _children(proc.pid)
+                    seen |= descendants(proc.pid)
                     proc.send_signal(sig)
                     break
             time.sleep(0.5)
@@ -316,7 +293,7 @@ def test_search_joins_an_existing_cluster_by_address(runs: Path, tmp_path: Path)
         cmd = _cli(_space(tmp_path, 3), runs, "cluster", 3)[:-1] + ["--address", f"127.0.0.1:{port}"]
         end = time.monotonic() + 120
         while True:  # the head takes a few seconds to accept drivers
-            seen |= _children(head.pid)
+            seen |= descendants(head.pid)
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
             if done.returncode == 0 or time.monotonic() > end or head.poll() is not None:
                 break
@@ -326,7 +303,7 @@ def test_search_joins_an_existing_cluster_by_address(runs: Path, tmp_path: Path)
         assert len(trials) == 3 and all(t.state in FINISHED for t in trials)
         assert "Pareto front" in done.stdout
     finally:
-        seen |= _children(head.pid)
+        seen |= descendants(head.pid)
         head.terminate()
         try:
             head.wait(timeout=30)
